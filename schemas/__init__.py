@@ -1,0 +1,43 @@
+"""Wire contracts of stream-detector: JSON Schema files plus the Python models."""
+
+from schemas.models import (
+    EVENT_ADAPTER,
+    SCHEMA_VERSION,
+    AccountContext,
+    Alert,
+    ClickEvent,
+    DeadLetter,
+    Event,
+    EventKind,
+    Feedback,
+    FeedbackLabel,
+    InvalidEventError,
+    ModelUpdate,
+    OrderEvent,
+    ScoreRequest,
+    SearchEvent,
+    Trigger,
+    WindowCounts,
+    parse_event,
+)
+
+__all__ = [
+    "EVENT_ADAPTER",
+    "SCHEMA_VERSION",
+    "AccountContext",
+    "Alert",
+    "ClickEvent",
+    "DeadLetter",
+    "Event",
+    "EventKind",
+    "Feedback",
+    "FeedbackLabel",
+    "InvalidEventError",
+    "ModelUpdate",
+    "OrderEvent",
+    "ScoreRequest",
+    "SearchEvent",
+    "Trigger",
+    "WindowCounts",
+    "parse_event",
+]

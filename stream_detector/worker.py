@@ -1,0 +1,46 @@
+"""Run a stream worker: the windower and scorer agents in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from faust.worker import Worker
+
+from stream_detector.app import ScoringModel, create_app
+from stream_detector.config import WorkerSettings
+from stream_detector.logs import configure_logging
+from stream_detector.topics import ensure_worker_topics
+
+log = structlog.get_logger("stream_detector.worker")
+
+
+def run_worker(settings: WorkerSettings, model_factory: Callable[[], ScoringModel] | None = None) -> int:
+    """Run the worker until SIGTERM or SIGINT, then finish the batch in flight and commit.
+
+    Args:
+        settings: worker settings.
+        model_factory: loads the classifier; by default the registry's current version
+            or ``settings.model_path``.
+
+    Returns:
+        The process exit code.
+    """
+    configure_logging(settings.log_format, settings.log_level)
+    if model_factory is None:
+        from stream_detector.model_loader import registry_model_factory
+
+        model_factory = registry_model_factory(settings)
+
+    ensure_worker_topics(settings)
+    context = create_app(settings, model_factory)
+    log.info(
+        "worker_starting",
+        app_id=settings.app_id,
+        bootstrap_servers=settings.bootstrap_servers,
+        topics=sorted(settings.event_topics()),
+        anomalies_topic=settings.anomalies_topic,
+    )
+    worker = Worker(context.app, loglevel=settings.log_level.upper(), override_logging=False, quiet=True)
+    worker.execute_from_commandline()
+    return 0
