@@ -1,0 +1,1 @@
+"""Streaming anomaly detector for e-commerce click, search and order events."""
