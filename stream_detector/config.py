@@ -43,7 +43,7 @@ class WorkerSettings(BaseSettings):
     model_path: Path | None = None  # a checkpoint folder to use instead of the registry's current version
     max_batch: int = Field(default=64, ge=1)  # score requests per classifier batch
     max_batch_wait_ms: int = Field(default=200, ge=1)  # longest wait to fill a batch, milliseconds
-    max_length: int = Field(default=96, ge=8)  # tokens per text; longer texts are truncated
+    max_length: int | None = Field(default=None, ge=8)  # tokens per text; None uses the model version's
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the classifier runs
 
     # Process

@@ -4,8 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+import time
+
+from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+# Errors a partition reports for a moment after its topic was created or its leader moved.
+_RETRIABLE = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+# Errors a group lookup returns while the coordinator is still loading or does not know the group yet.
+_GROUP_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.GROUP_ID_NOT_FOUND,
+    }
+)
+
+
+def watermarks(consumer: Consumer, partition: TopicPartition, *, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Return the (low, high) offsets of a partition, retrying while it has no leader yet.
+
+    Raises:
+        KafkaException: the broker kept failing past ``timeout_s``, or failed for another reason.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=min(10.0, timeout_s))
+            return low, high
+        except KafkaException as error:
+            if error.args[0].code() not in _RETRIABLE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def group_lag(bootstrap_servers: str, group_id: str, topics: Iterable[str], *, timeout_s: float = 10.0) -> dict[str, int]:
@@ -31,14 +63,33 @@ def group_lag(bootstrap_servers: str, group_id: str, topics: Iterable[str], *, t
     )
     committed_by_tp = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
 
-    watermarks = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"{group_id}-lag-probe"})
+    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"{group_id}-lag-probe"})
     try:
         lag = {topic: 0 for topic in topics}
         for tp in partitions:
-            low, high = watermarks.get_watermark_offsets(tp, timeout=timeout_s)
+            low, high = watermarks(probe, tp, timeout_s=timeout_s)
             position = committed_by_tp.get((tp.topic, tp.partition), -1)
             position = low if position < 0 else position
             lag[tp.topic] += max(0, high - position)
         return lag
     finally:
-        watermarks.close()
+        probe.close()
+
+
+def group_assigned_partitions(bootstrap_servers: str, group_id: str, *, timeout_s: float = 10.0) -> int:
+    """Return how many partitions the members of a stable consumer group hold, 0 while it is not stable.
+
+    A group the coordinator does not know yet, or one in a rebalance, counts as 0.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        group = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result(
+            timeout=timeout_s
+        )
+    except KafkaException as error:
+        if error.args[0].retriable() or error.args[0].code() in _GROUP_NOT_READY:
+            return 0
+        raise
+    if group.state != ConsumerGroupState.STABLE:
+        return 0
+    return sum(len(member.assignment.topic_partitions) for member in group.members)

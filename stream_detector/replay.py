@@ -268,6 +268,9 @@ def connect_producer(bootstrap_servers: str, connect_timeout_s: float = 10.0) ->
             "acks": "all",
             "linger.ms": 5,
             "message.timeout.ms": PRODUCER_MESSAGE_TIMEOUT_MS,
+            # The Java client's key hashing, which aiokafka and Faust use too, so a user's
+            # events land in the same partition whichever of these clients produced them.
+            "partitioner": "murmur2_random",
         }
     )
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import structlog
@@ -50,12 +51,30 @@ def ensure_topics(
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicError(f"failed to create topic {name!r} on {bootstrap_servers}: {error}") from error
 
-    metadata = admin.list_topics(timeout=timeout_s)
-    counts = {name: len(metadata.topics[name].partitions) for name in wanted if name in metadata.topics}
-    missing = [name for name in wanted if name not in counts]
-    if missing:
-        raise TopicError(f"topics {missing} are still missing on {bootstrap_servers} after creation")
-    return counts
+    return _wait_for_leaders(admin, bootstrap_servers, wanted, timeout_s)
+
+
+def _wait_for_leaders(admin: AdminClient, bootstrap_servers: str, names: list[str], timeout_s: float) -> dict[str, int]:
+    """Wait until every partition of the topics has a leader, and return their partition counts.
+
+    A topic that was just created answers "not leader for partition" for a moment.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        counts = {name: len(metadata.topics[name].partitions) for name in names if name in metadata.topics}
+        leaderless = [
+            name
+            for name in names
+            if name not in counts
+            or metadata.topics[name].error is not None
+            or any(partition.leader < 0 for partition in metadata.topics[name].partitions.values())
+        ]
+        if not leaderless:
+            return counts
+        if time.monotonic() >= deadline:
+            raise TopicError(f"topics {leaderless} on {bootstrap_servers} have no leader after {timeout_s:g} s")
+        time.sleep(0.2)
 
 
 def ensure_worker_topics(settings: WorkerSettings, *, timeout_s: float = 30.0) -> None:

@@ -32,8 +32,10 @@ def run_worker(settings: WorkerSettings, model_factory: Callable[[], ScoringMode
 
         model_factory = registry_model_factory(settings)
 
+    # Loaded before Faust starts, so a missing or broken model fails with its own message.
+    model = model_factory()
     ensure_worker_topics(settings)
-    context = create_app(settings, model_factory)
+    context = create_app(settings, lambda: model)
     log.info(
         "worker_starting",
         app_id=settings.app_id,
