@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -73,13 +73,11 @@ class OrderEvent(_EventBase):
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     item_count: int | None = Field(default=None, ge=1)
     payment_status: Literal["approved", "declined"] | None = None
-    payment_method_id: Identifier | None = Field(
-        default=None, description="Opaque id of the card or wallet used."
-    )
+    payment_method_id: Identifier | None = Field(default=None, description="Opaque id of the card or wallet used.")
     account: AccountContext | None = None
 
 
-Event = Annotated[Union[ClickEvent, SearchEvent, OrderEvent], Field(discriminator="kind")]
+Event = Annotated[ClickEvent | SearchEvent | OrderEvent, Field(discriminator="kind")]
 EVENT_ADAPTER: TypeAdapter[ClickEvent | SearchEvent | OrderEvent] = TypeAdapter(Event)
 
 

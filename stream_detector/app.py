@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import faust
@@ -77,7 +77,7 @@ class WorkerContext:
 
 def utc_now() -> datetime:
     """Return the current time in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def create_app(
@@ -115,14 +115,22 @@ def create_app(
 
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
             partitions=settings.topic_partitions,
         )
 
     kind_by_topic = settings.event_topics()
     input_channel = app.topic(
-        *kind_by_topic, settings.tick_topic,
-        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        *kind_by_topic,
+        settings.tick_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
         partitions=settings.topic_partitions,
     )
     tick_topic = raw_topic(settings.tick_topic)
@@ -160,7 +168,9 @@ def create_app(
 
     @app.agent(score_topic, name="scorer")
     async def scorer_agent(stream: StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.max_batch, within=settings.max_batch_wait_ms / 1000):
+        # take_events acks a batch only after the loop body finished it; Faust's StreamT stub lacks it.
+        batches = stream.take_events(settings.max_batch, within=settings.max_batch_wait_ms / 1000)  # type: ignore[attr-defined]
+        async for events in batches:
             await scorer.handle_batch(events)
 
     @app.timer(interval=settings.idle_check_interval_s)
@@ -216,7 +226,10 @@ class _Windower:
             reason = str(error)
             await send_dead_letter(self.deadletter_topic, message, reason, self.metrics)
             log.warning(
-                "event_dead_lettered", topic=message.topic, partition=message.partition, offset=message.offset,
+                "event_dead_lettered",
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
                 reason=reason,
             )
             return
@@ -256,9 +269,7 @@ class _Windower:
 
     async def _request_score(self, stored: StoredWindow, trigger: Trigger) -> None:
         window = stored.window
-        rendered = render_window(
-            window.events, device_accounts=stored.device_accounts, ip_accounts=stored.ip_accounts
-        )
+        rendered = render_window(window.events, device_accounts=stored.device_accounts, ip_accounts=stored.ip_accounts)
         event_ids = window.event_ids()
         request = ScoreRequest(
             user_id=window.user_id,
@@ -312,6 +323,7 @@ class _Windower:
             tick = orjson.dumps({"user_id": user_id, "newest_event_id": newest_event_id})
             await tick_topic.send(key=user_id.encode(), value=tick, partition=value["partition"])
             self._ticked[user_id] = newest_event_id
+
 
 def _check_key(key: bytes | None, user_id: str) -> None:
     """Reject a record whose key is not its user id, since windows are partitioned by that key."""
@@ -395,7 +407,7 @@ class _Scorer:
         self.metrics.batch_latency.observe(latency_ms / 1000)
         log.debug("batch_scored", batch_size=len(texts), latency_ms=round(latency_ms, 1))
 
-        for (_, request), score in zip(requests, scores):
+        for (_, request), score in zip(requests, scores, strict=True):
             if score >= model.threshold:
                 await self._publish_alert(request, score, model)
 
@@ -428,7 +440,6 @@ class _Scorer:
         self._sent_alert_ids[identifier] = None
         if len(self._sent_alert_ids) > max_ids:
             self._sent_alert_ids.popitem(last=False)
-
 
 
 async def send_dead_letter(topic: faust.TopicT, message: Any, reason: str, metrics: WorkerMetrics) -> None:

@@ -23,14 +23,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 from confluent_kafka import Consumer, TopicPartition
 
-from deploy.kafka_local import BrokerError, LocalKafka, check_reachable, is_port_free
-from schemas import Alert
+from deploy.kafka_local import DEFAULT_KAFKA_VERSION, BrokerError, LocalKafka, check_reachable, is_port_free
+from schemas import Alert, EventKind
 from stream_detector.config import WorkerSettings
 from stream_detector.datasets import default_data_dir
 from stream_detector.evaluation import UserScores, score_users
@@ -44,7 +44,7 @@ from stream_detector.replay import (
     publish,
     retime,
 )
-from stream_detector.topics import ensure_worker_topics, worker_topics
+from stream_detector.topics import ensure_worker_topics
 
 log = structlog.get_logger("stream_detector.demo")
 
@@ -185,7 +185,7 @@ def run_demo(options: DemoOptions) -> str:
             _wait_for_group(settings)
             with _step("load_replay"):
                 stream = build_replay_stream(options.data_dir, "test", options.seed, limit_users=options.limit_users)
-                replay_start = datetime.now(timezone.utc) + timedelta(seconds=5)
+                replay_start = datetime.now(UTC) + timedelta(seconds=5)
                 stream = retime(stream, replay_start, options.speed, options.spread_s, DEFAULT_MAX_GAP_S, options.seed)
                 span_s = (stream.events[-1].event_time - replay_start).total_seconds()
                 log.info("replay_ready", events=len(stream.events), users=len(stream.users()), span_s=round(span_s))
@@ -243,8 +243,7 @@ def _broker(options: DemoOptions) -> Iterator[str]:
         )
     data_dir = DEMO_DIR / "broker"
     shutil.rmtree(data_dir, ignore_errors=True)  # a fresh log each run, so old windows cannot mix in
-    kwargs = {"version": options.kafka_version} if options.kafka_version else {}
-    broker = LocalKafka(port=options.port, data_dir=data_dir, **kwargs)
+    broker = LocalKafka(version=options.kafka_version or DEFAULT_KAFKA_VERSION, port=options.port, data_dir=data_dir)
     with _step("start_broker"):
         broker.start()
     try:
@@ -365,7 +364,7 @@ def _wait_for_drain(settings: WorkerSettings, timeout_s: float) -> None:
     )
 
 
-def _topics(settings: WorkerSettings) -> dict[str, str]:
+def _topics(settings: WorkerSettings) -> dict[EventKind, str]:
     return {kind: topic for topic, kind in settings.event_topics().items()}
 
 
@@ -411,10 +410,11 @@ def _read_alerts(
             message = consumer.poll(1.0)
             if message is None or message.error():
                 continue
-            alert = Alert.model_validate_json(message.value())
+            alert = Alert.model_validate_json(message.value() or b"")
             alerts.setdefault(alert.alert_id, alert)
             key = (message.topic(), message.partition())
-            if key in remaining and message.offset() + 1 >= remaining[key]:
+            offset = message.offset() or 0
+            if key in remaining and offset + 1 >= remaining[key]:
                 del remaining[key]
     finally:
         consumer.close()

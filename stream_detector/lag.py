@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
-import time
-
-from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 # Errors a partition reports for a moment after its topic was created or its leader moved.
-_RETRIABLE = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART})
+_RETRIABLE = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
 
 # Errors a group lookup returns while the coordinator is still loading or does not know the group yet.
 _GROUP_NOT_READY = frozenset(
@@ -40,7 +48,9 @@ def watermarks(consumer: Consumer, partition: TopicPartition, *, timeout_s: floa
             time.sleep(0.2)
 
 
-def group_lag(bootstrap_servers: str, group_id: str, topics: Iterable[str], *, timeout_s: float = 10.0) -> dict[str, int]:
+def group_lag(
+    bootstrap_servers: str, group_id: str, topics: Iterable[str], *, timeout_s: float = 10.0
+) -> dict[str, int]:
     """Return, per topic, the records past the group's committed offsets.
 
     A partition the group never committed counts from the start of the log, so a

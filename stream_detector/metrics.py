@@ -23,7 +23,9 @@ class WorkerMetrics:
             "stream_detector_duplicate_events_total", "Redelivered events already in a window.", registry=self.registry
         )
         self.score_requests = Counter(
-            "stream_detector_score_requests_total", "Windows sent for scoring, by trigger.", ["trigger"],
+            "stream_detector_score_requests_total",
+            "Windows sent for scoring, by trigger.",
+            ["trigger"],
             registry=self.registry,
         )
         self.windows_scored = Counter(

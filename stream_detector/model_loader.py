@@ -14,7 +14,11 @@ def registry_model_factory(settings: WorkerSettings) -> Callable[[], Classifier]
 
     def load() -> Classifier:
         return Classifier.load(
-            source, device=settings.device, max_length=settings.max_length, batch_size=settings.max_batch
+            source,
+            device=settings.device,
+            max_length=settings.max_length,
+            batch_size=settings.max_batch,
+            quantize=settings.quantize,
         )
 
     return load

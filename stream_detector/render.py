@@ -156,9 +156,7 @@ def render_window(
         kept -= 1
         text = _join(head, recent[:kept])
 
-    counts = WindowCounts(
-        clicks=len(clicks), searches=len(searches), orders=len(orders), dropped=len(events) - kept
-    )
+    counts = WindowCounts(clicks=len(clicks), searches=len(searches), orders=len(orders), dropped=len(events) - kept)
     return RenderedText(text=text, template_version=TEMPLATE_VERSION, counts=counts)
 
 
@@ -180,7 +178,7 @@ def _span_phrase(events: Sequence[AnyEvent]) -> str:
 
 
 def _gaps_s(times: Sequence[datetime]) -> list[float]:
-    return [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    return [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:], strict=False)]
 
 
 def _regularity_words(gaps_s: list[float]) -> str:

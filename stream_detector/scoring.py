@@ -239,8 +239,8 @@ class Classifier:
         align_pad_token(model, tokenizer)
         model.eval()
         if quantize:
-            # NOTE: torch 2.15 marks torch.ao.quantization as deprecated in favour of torchao,
-            # which is not a dependency; this path works there but may break in a later torch.
+            # NOTE: torch 2.15 warns that torch.ao.quantization is deprecated in favour of torchao,
+            # which is not a dependency. This path works on 2.15 but may break in a later torch.
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
             torch.nn.Module.to(model, device=chosen_device, dtype=dtype)
@@ -264,7 +264,7 @@ class Classifier:
         log.info(
             "classifier_loaded",
             path=str(folder),
-            version=version.version if version else None,
+            version=classifier.version,
             device=str(chosen_device),
             dtype=str(dtype).removeprefix("torch."),
             quantized=quantize,

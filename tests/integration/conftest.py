@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ def always_alert_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
         threshold=0.0,
         max_length=64,
         label_names=["legitimate", "fraud"],
-        created_time=datetime.now(timezone.utc),
+        created_time=datetime.now(UTC),
         sample_sizes=SampleSizes(train=0, validation=0, train_fraud=0, validation_fraud=0),
         path=folder,
     )
@@ -59,7 +59,10 @@ class WorkerProcess:
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream_detector", "worker"],
-                cwd=REPO_ROOT, env=self.environment, stdout=log_file, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=self.environment,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self._wait_until_assigned()
@@ -86,8 +89,9 @@ class WorkerProcess:
             if group_assigned_partitions(self.settings.bootstrap_servers, self.settings.app_id) > 0:
                 return
             time.sleep(0.5)
-        pytest.fail(f"worker did not join group {self.settings.app_id} in {WORKER_READY_TIMEOUT_S:g} s:\n"
-                    f"{self.log_tail()}")
+        pytest.fail(
+            f"worker did not join group {self.settings.app_id} in {WORKER_READY_TIMEOUT_S:g} s:\n{self.log_tail()}"
+        )
 
 
 @pytest.fixture
@@ -146,10 +150,14 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]
 
 def consume(bootstrap: str, topic: str, *, expected: int, timeout_s: float = 60.0) -> list[tuple[bytes | None, bytes]]:
     """Read a topic from the start until ``expected`` records arrived or the timeout passed; return them all."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     records: list[tuple[bytes | None, bytes]] = []
     deadline = time.monotonic() + timeout_s

@@ -6,7 +6,7 @@ import base64
 import json
 import signal
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jsonschema
 import orjson
@@ -20,7 +20,7 @@ from tests.integration.conftest import WorkerProcess, consume, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def click(user_id: str, index: int, seconds: float = 0.0) -> dict:
@@ -69,7 +69,9 @@ def test_valid_events_produce_alerts(worker_factory: Callable[..., WorkerProcess
 
     produce(settings.bootstrap_servers, settings.click_topic, [encoded(click("u-a", i, i)) for i in range(3)])
     produce(settings.bootstrap_servers, settings.search_topic, [encoded(search("u-a", 0, 4))])
-    produce(settings.bootstrap_servers, settings.order_topic, [encoded(order("u-a", 0, 5)), encoded(order("u-b", 0, 1))])
+    produce(
+        settings.bootstrap_servers, settings.order_topic, [encoded(order("u-a", 0, 5)), encoded(order("u-b", 0, 1))]
+    )
 
     records = consume(settings.bootstrap_servers, settings.anomalies_topic, expected=2)
 
@@ -116,8 +118,10 @@ def test_invalid_events_go_to_dead_letter_topic(worker_factory: Callable[..., Wo
 
     produce(settings.bootstrap_servers, settings.order_topic, [*bad_records, encoded(order("u-ok", 0))])
 
-    letters = [DeadLetter.model_validate_json(value) for _, value in
-               consume(settings.bootstrap_servers, settings.deadletter_topic, expected=len(bad_records))]
+    letters = [
+        DeadLetter.model_validate_json(value)
+        for _, value in consume(settings.bootstrap_servers, settings.deadletter_topic, expected=len(bad_records))
+    ]
     alerts = consume(settings.bootstrap_servers, settings.anomalies_topic, expected=1)
 
     assert len(letters) == len(bad_records), worker.log_tail()

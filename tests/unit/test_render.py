@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from schemas import AccountContext, ClickEvent, OrderEvent, SearchEvent, WindowCounts
 from stream_detector.render import TEMPLATE_VERSION, amount_words, count_words, counted, duration_words, render_window
 
-T0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/77.0.3865.90 Safari/537.36"
 
 
@@ -17,19 +17,33 @@ def mixed_window() -> list:
     return [
         ClickEvent(event_id="c0", user_id="u1", event_time=T0, page="/", user_agent=AGENT),
         ClickEvent(
-            event_id="c1", user_id="u1", event_time=T0 + timedelta(seconds=4),
-            page="/content/computer_security.php", referrer="https://shop/", user_agent=AGENT,
+            event_id="c1",
+            user_id="u1",
+            event_time=T0 + timedelta(seconds=4),
+            page="/content/computer_security.php",
+            referrer="https://shop/",
+            user_agent=AGENT,
         ),
         SearchEvent(
             event_id="s0", user_id="u1", event_time=T0 + timedelta(seconds=9), query="Red  Dress", results_count=0
         ),
         ClickEvent(
-            event_id="c2", user_id="u1", event_time=T0 + timedelta(seconds=12),
-            page="/content/computer_security.php", referrer="https://shop/", user_agent=AGENT, http_status=404,
+            event_id="c2",
+            user_id="u1",
+            event_time=T0 + timedelta(seconds=12),
+            page="/content/computer_security.php",
+            referrer="https://shop/",
+            user_agent=AGENT,
+            http_status=404,
         ),
         OrderEvent(
-            event_id="o0", user_id="u1", event_time=T0 + timedelta(seconds=70), order_id="o0", amount=42.0,
-            payment_status="declined", payment_method_id="pm1",
+            event_id="o0",
+            user_id="u1",
+            event_time=T0 + timedelta(seconds=70),
+            order_id="o0",
+            amount=42.0,
+            payment_status="declined",
+            payment_method_id="pm1",
             account=AccountContext(
                 signup_time=T0 - timedelta(seconds=30), browser="Chrome", traffic_source="SEO", country="Japan"
             ),
@@ -89,7 +103,8 @@ def test_render_rejects_empty_window() -> None:
 
 
 @pytest.mark.parametrize(
-    ("count", "expected"), [(0, "no"), (1, "one"), (20, "twenty"), (21, "dozens of"), (60, "many"), (100, "hundreds of")]
+    ("count", "expected"),
+    [(0, "no"), (1, "one"), (20, "twenty"), (21, "dozens of"), (60, "many"), (100, "hundreds of")],
 )
 def test_count_words_buckets(count: int, expected: str) -> None:
     assert count_words(count) == expected
@@ -109,6 +124,8 @@ def test_duration_words_buckets(seconds: float, expected: str) -> None:
     assert duration_words(seconds) == expected
 
 
-@pytest.mark.parametrize(("amount", "expected"), [(1, "tiny"), (10, "low"), (40, "medium"), (100, "high"), (500, "very high")])
+@pytest.mark.parametrize(
+    ("amount", "expected"), [(1, "tiny"), (10, "low"), (40, "medium"), (100, "high"), (500, "very high")]
+)
 def test_amount_words_buckets(amount: float, expected: str) -> None:
     assert amount_words(amount) == expected

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import jsonschema
 import orjson
@@ -45,7 +45,9 @@ VALID_SEARCH = {
 }
 
 
-@pytest.mark.parametrize(("document", "kind"), [(VALID_ORDER, "order"), (VALID_CLICK, "click"), (VALID_SEARCH, "search")])
+@pytest.mark.parametrize(
+    ("document", "kind"), [(VALID_ORDER, "order"), (VALID_CLICK, "click"), (VALID_SEARCH, "search")]
+)
 def test_valid_events_parse(document: dict, kind: str) -> None:
     event = parse_event(orjson.dumps(document), kind)  # type: ignore[arg-type]
 
@@ -58,7 +60,7 @@ def test_order_keeps_account_context() -> None:
 
     assert isinstance(event, OrderEvent)
     assert event.account is not None
-    assert event.account.signup_time == datetime(2026, 1, 5, 11, 59, 10, tzinfo=timezone.utc)
+    assert event.account.signup_time == datetime(2026, 1, 5, 11, 59, 10, tzinfo=UTC)
     assert event.account.traffic_source == "Ads"
 
 
@@ -67,13 +69,37 @@ def test_order_keeps_account_context() -> None:
     [
         (b"", "order", "empty record value: expected one JSON event"),
         (b"not json", "order", "invalid event: value: Invalid JSON"),
-        (orjson.dumps({**VALID_ORDER, "amount": -1}), "order", "invalid event: amount: Input should be greater than or equal to 0"),
-        (orjson.dumps({**VALID_ORDER, "event_time": "2026-01-05T12:00:00"}), "order", "invalid event: event_time: Input should have timezone info"),
-        (orjson.dumps({k: v for k, v in VALID_CLICK.items() if k != "page"}), "click", "invalid event: page: Field required"),
-        (orjson.dumps({**VALID_CLICK, "user_id": "has space"}), "click", "invalid event: user_id: String should match pattern"),
-        (orjson.dumps({**VALID_CLICK, "colour": "red"}), "click", "invalid event: colour: Extra inputs are not permitted"),
+        (
+            orjson.dumps({**VALID_ORDER, "amount": -1}),
+            "order",
+            "invalid event: amount: Input should be greater than or equal to 0",
+        ),
+        (
+            orjson.dumps({**VALID_ORDER, "event_time": "2026-01-05T12:00:00"}),
+            "order",
+            "invalid event: event_time: Input should have timezone info",
+        ),
+        (
+            orjson.dumps({k: v for k, v in VALID_CLICK.items() if k != "page"}),
+            "click",
+            "invalid event: page: Field required",
+        ),
+        (
+            orjson.dumps({**VALID_CLICK, "user_id": "has space"}),
+            "click",
+            "invalid event: user_id: String should match pattern",
+        ),
+        (
+            orjson.dumps({**VALID_CLICK, "colour": "red"}),
+            "click",
+            "invalid event: colour: Extra inputs are not permitted",
+        ),
         (orjson.dumps(VALID_CLICK), "order", "event kind 'click' on a topic for 'order' events"),
-        (orjson.dumps({**VALID_CLICK, "kind": "refund"}), "click", "invalid event: value: Input tag 'refund' found using 'kind' does not match"),
+        (
+            orjson.dumps({**VALID_CLICK, "kind": "refund"}),
+            "click",
+            "invalid event: value: Input tag 'refund' found using 'kind' does not match",
+        ),
     ],
 )
 def test_invalid_events_are_rejected_with_reason(raw: bytes, kind: str, message: str) -> None:
@@ -92,7 +118,11 @@ def test_schema_files_match_models(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("document", "name"),
-    [(VALID_ORDER, "order_event.schema.json"), (VALID_CLICK, "click_event.schema.json"), (VALID_SEARCH, "search_event.schema.json")],
+    [
+        (VALID_ORDER, "order_event.schema.json"),
+        (VALID_CLICK, "click_event.schema.json"),
+        (VALID_SEARCH, "search_event.schema.json"),
+    ],
 )
 def test_json_schema_accepts_valid_events(document: dict, name: str) -> None:
     schema = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
@@ -110,8 +140,13 @@ def test_json_schema_rejects_missing_field() -> None:
 
 def test_dead_letter_keeps_original_bytes() -> None:
     letter = DeadLetter.from_record(
-        topic="events.order", partition=2, offset=7, key=b"acct-1", value=b"\xff\x00not json",
-        reason="invalid event", received_time=datetime(2026, 1, 5, tzinfo=timezone.utc),
+        topic="events.order",
+        partition=2,
+        offset=7,
+        key=b"acct-1",
+        value=b"\xff\x00not json",
+        reason="invalid event",
+        received_time=datetime(2026, 1, 5, tzinfo=UTC),
     )
 
     restored = DeadLetter.model_validate_json(letter.model_dump_json())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ from stream_detector.window import (
     window_id,
 )
 
-T0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
 def click(index: int, seconds: float, user_id: str = "u1") -> ClickEvent:
@@ -28,7 +28,10 @@ def click(index: int, seconds: float, user_id: str = "u1") -> ClickEvent:
 
 def order(index: int, seconds: float, user_id: str = "u1") -> OrderEvent:
     return OrderEvent(
-        event_id=f"o{index}", user_id=user_id, event_time=T0 + timedelta(seconds=seconds), order_id=f"o{index}",
+        event_id=f"o{index}",
+        user_id=user_id,
+        event_time=T0 + timedelta(seconds=seconds),
+        order_id=f"o{index}",
         amount=10.0,
     )
 
