@@ -4,10 +4,10 @@ The two agents are connected by the score-request topic, because a Faust table
 cannot be written from inside a ``take()`` batch and because it lets CPU
 windowers and GPU scorers scale apart.
 
-Delivery is at least once: Faust commits an input offset only after every
-record the agent sent while handling it was acknowledged by the broker, and
-alert ids are derived from the scored window, so a redelivered event yields the
-same alert id, never a different alert.
+Delivery is at least once. Faust commits an input offset only after the broker
+acknowledged every record the agent sent while handling it. Alert ids are
+derived from the scored window, so a redelivered event yields the same alert id,
+never a different alert.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class StoredWindow(BaseModel):
 
 
 class ScoringModel(Protocol):
-    """What the scorer agent needs from a classifier."""
+    """Interface of the classifier that the scorer agent calls."""
 
     version: str
     threshold: float
@@ -107,6 +107,8 @@ def create_app(
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         web_enabled=settings.web_port is not None,
         web_port=settings.web_port or 6066,
         web_bind="127.0.0.1",
@@ -261,6 +263,9 @@ class _Windower:
 
     def _observe_context(self, event: AnyEvent) -> tuple[int, int]:
         """Record the event's device and IP and return how many accounts use each."""
+        # NOTE: the device and IP tables live on the partitions of the user-keyed input, so with
+        # several workers each counts only the accounts whose events it consumed. Exact counts need
+        # a repartition by device and IP, which this worker does not do yet.
         device_id, ip_address = context_keys(event)
         return (
             _add_account(self.device_accounts, device_id, event.user_id, self.settings.max_context_accounts),

@@ -20,6 +20,9 @@ class WorkerSettings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"  # host:port list of the Kafka brokers
     app_id: str = "stream-detector"  # Faust app id: the consumer group and the prefix of table topics
     topic_partitions: int = Field(default=4, ge=1)  # partitions of every topic the worker creates
+    # Seconds without heartbeats before the broker drops a worker from the group; the broker
+    # accepts 6 to 300 by default. A killed worker's partitions wait this long for a new owner.
+    session_timeout_s: float = Field(default=30.0, ge=6.0, le=300.0)
 
     # Topics
     click_topic: str = "events.click"

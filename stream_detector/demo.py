@@ -52,7 +52,7 @@ DEMO_DIR = Path(".stream-detector")
 
 
 class DemoError(RuntimeError):
-    """A step of the demo failed; the message says which and what to do."""
+    """A step of the demo failed; the message names the step and the fix."""
 
 
 @dataclass(frozen=True)

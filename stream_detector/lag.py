@@ -86,11 +86,22 @@ def group_lag(
         probe.close()
 
 
-def group_assigned_partitions(bootstrap_servers: str, group_id: str, *, timeout_s: float = 10.0) -> int:
+def group_assigned_partitions(
+    bootstrap_servers: str, group_id: str, *, exclude_members: frozenset[str] = frozenset(), timeout_s: float = 10.0
+) -> int:
     """Return how many partitions the members of a stable consumer group hold, 0 while it is not stable.
 
-    A group the coordinator does not know yet, or one in a rebalance, counts as 0.
+    A group the coordinator does not know yet, one in a rebalance, and one that still
+    lists a member of ``exclude_members`` (say, a worker that was killed) count as 0.
     """
+    members = group_member_ids(bootstrap_servers, group_id, timeout_s=timeout_s)
+    if members is None or members.keys() & exclude_members:
+        return 0
+    return sum(members.values())
+
+
+def group_member_ids(bootstrap_servers: str, group_id: str, *, timeout_s: float = 10.0) -> dict[str, int] | None:
+    """Return the partitions held by each member of a stable consumer group, or None while it is not stable."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     try:
         group = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result(
@@ -98,8 +109,8 @@ def group_assigned_partitions(bootstrap_servers: str, group_id: str, *, timeout_
         )
     except KafkaException as error:
         if error.args[0].retriable() or error.args[0].code() in _GROUP_NOT_READY:
-            return 0
+            return None
         raise
     if group.state != ConsumerGroupState.STABLE:
-        return 0
-    return sum(len(member.assignment.topic_partitions) for member in group.members)
+        return None
+    return {member.member_id: len(member.assignment.topic_partitions) for member in group.members}

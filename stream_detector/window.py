@@ -24,9 +24,9 @@ class WindowPolicy:
     """Bounds of a window and the rules that send it for scoring."""
 
     max_events: int = 50  # oldest events are evicted past this count
-    max_age_s: float = 1800.0  # events older than the newest one by more than this, in event time, are evicted
+    max_age_s: float = 1800.0  # seconds of event time kept before the newest event; older ones are evicted
     every_n: int = 10  # score after this many new events without a score
-    idle_s: float = 20.0  # score unscored events once the user sent nothing for this long
+    idle_s: float = 20.0  # seconds without a new event after which unscored events are scored
     score_on_order: bool = True  # score at once when an order arrives
 
     def __post_init__(self) -> None:
@@ -73,9 +73,9 @@ def add_event(window: UserWindow, event: AnyEvent, policy: WindowPolicy, arrival
     """Add one event to a user's window, enforce the bounds and decide whether to score.
 
     A redelivered event (its id is already in the window) changes nothing. When it was
-    the newest event and would have triggered a score, the trigger is returned again so
-    that a score request lost in a crash is sent once more; the window id is the same,
-    so the alert id is too.
+    the newest event and triggered a score, the trigger is returned again, so a score
+    request lost in a crash is sent once more. The window id is the same, and so is the
+    alert id.
 
     Args:
         window: the user's current window; not modified.
@@ -193,7 +193,7 @@ def _add_bounded(table: dict[str, set[str]], key: str | None, user_id: str, max_
 
 @dataclass(frozen=True)
 class ClosedWindow:
-    """A window that a recorded stream sent for scoring, as the trainer sees it."""
+    """A window that a recorded stream sent for scoring, as the trainer receives it."""
 
     user_id: str
     window_id: str

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from stream_detector.config import WorkerSettings
-from stream_detector.lag import group_assigned_partitions, group_lag
+from stream_detector.lag import group_assigned_partitions, group_lag, group_member_ids
 from tests.tiny_model import build_tiny_bert
 from trainer.registry import ModelRegistry, ModelVersion, SampleSizes
 
@@ -56,6 +56,8 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # Members of the group before this start, e.g. a killed worker whose session has not expired.
+        previous = group_member_ids(self.settings.bootstrap_servers, self.settings.app_id) or {}
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream_detector", "worker"],
@@ -65,7 +67,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_until_assigned()
+        self._wait_until_assigned(frozenset(previous))
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.process is None or self.process.poll() is not None:
@@ -81,12 +83,15 @@ class WorkerProcess:
         text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _wait_until_assigned(self) -> None:
+    def _wait_until_assigned(self, previous_members: frozenset[str]) -> None:
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            if group_assigned_partitions(self.settings.bootstrap_servers, self.settings.app_id) > 0:
+            assigned = group_assigned_partitions(
+                self.settings.bootstrap_servers, self.settings.app_id, exclude_members=previous_members
+            )
+            if assigned > 0:
                 return
             time.sleep(0.5)
         pytest.fail(
@@ -116,6 +121,7 @@ def worker_factory(
             "model_registry": always_alert_registry,
             "state_dir": tmp_path / "state",
             "topic_partitions": 2,
+            "session_timeout_s": 10.0,
             "max_batch_wait_ms": 50,
             **overrides,
         }
