@@ -45,7 +45,7 @@ class WorkerSettings(BaseSettings):
     model_registry: Path = Path("models")  # folder of model versions, with a CURRENT file
     model_path: Path | None = None  # a checkpoint folder to use instead of the registry's current version
     max_batch: int = Field(default=64, ge=1)  # score requests per classifier batch
-    max_batch_wait_ms: int = Field(default=200, ge=1)  # longest wait to fill a batch, milliseconds
+    max_batch_wait_ms: int = Field(default=200, ge=1)  # maximum wait to fill a batch, milliseconds
     max_length: int | None = Field(default=None, ge=8)  # tokens per text; None uses the model version's
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the classifier runs
     quantize: bool = False  # dynamic int8 on the CPU: faster, scores differ slightly from fp32

@@ -391,8 +391,8 @@ def _read_alerts(
     bootstrap: str, topic: str, start: dict[tuple[str, int], int], end: dict[tuple[str, int], int]
 ) -> list[Alert]:
     """Read the alerts published between two sets of offsets, one per alert id."""
-    wanted = {key: offset for key, offset in end.items() if key[0] == topic and offset > start.get(key, 0)}
-    if not wanted:
+    end_by_partition = {key: offset for key, offset in end.items() if key[0] == topic and offset > start.get(key, 0)}
+    if not end_by_partition:
         return []
     consumer = Consumer(
         {
@@ -401,9 +401,11 @@ def _read_alerts(
             "enable.auto.commit": False,
         }
     )
-    consumer.assign([TopicPartition(topic, partition, start.get((topic, partition), 0)) for _, partition in wanted])
+    consumer.assign(
+        [TopicPartition(topic, partition, start.get((topic, partition), 0)) for _, partition in end_by_partition]
+    )
     alerts: dict[str, Alert] = {}
-    remaining = dict(wanted)
+    remaining = dict(end_by_partition)
     deadline = time.monotonic() + 60.0
     try:
         while remaining and time.monotonic() < deadline:

@@ -35,12 +35,12 @@ def ensure_topics(
     """Create the topics that do not exist and return the partition count of each.
 
     Raises:
-        TopicError: a topic could not be created, or the broker did not answer in time.
+        TopicError: a topic could not be created, or the broker did not respond in time.
     """
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    wanted = list(dict.fromkeys(names))
+    requested = list(dict.fromkeys(names))
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in wanted],
+        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in requested],
         request_timeout=timeout_s,
     )
     for name, future in futures.items():
@@ -51,13 +51,13 @@ def ensure_topics(
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicError(f"failed to create topic {name!r} on {bootstrap_servers}: {error}") from error
 
-    return _wait_for_leaders(admin, bootstrap_servers, wanted, timeout_s)
+    return _wait_for_leaders(admin, bootstrap_servers, requested, timeout_s)
 
 
 def _wait_for_leaders(admin: AdminClient, bootstrap_servers: str, names: list[str], timeout_s: float) -> dict[str, int]:
     """Wait until every partition of the topics has a leader, and return their partition counts.
 
-    A topic that was just created answers "not leader for partition" for a moment.
+    A topic that was just created returns "not leader for partition" for a moment.
     """
     deadline = time.monotonic() + timeout_s
     while True:
