@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -1051,9 +1052,9 @@ def _check_port(port: int, name: str) -> int:
 # Command line
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.kafka_local",
+        prog=prog,
         description="Start, stop or check a local single-node Kafka broker on 127.0.0.1.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
@@ -1147,11 +1148,16 @@ def _command_start(args: argparse.Namespace) -> int:
         flag = "--port" if error.role == "broker" else "--controller-port"
         raise BrokerError(f"{error} Pass another port with {flag}.") from error
 
-    stop_command = f"python -m deploy.kafka_local stop --data-dir {data_dir}"
+    stop_command = stop_command_for(data_dir)
     print(f"Kafka {broker.version} is ready at {broker.bootstrap_servers} (pid {broker.pid}).")
     print(f"Broker log: {broker.server_log}")
     print(f"Stop it with: {stop_command}")
     return 0
+
+
+def stop_command_for(data_dir: Path) -> str:
+    """Return a shell command that stops the broker of ``data_dir``, using this Python interpreter."""
+    return f"{shlex.quote(sys.executable)} -m deploy.kafka_local stop --data-dir {shlex.quote(str(data_dir))}"
 
 
 def _command_stop(args: argparse.Namespace) -> int:
@@ -1177,9 +1183,14 @@ def _command_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line and return the process exit code."""
-    args = _build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m deploy.kafka_local") -> int:
+    """Run the command line and return the process exit code.
+
+    Args:
+        argv: the arguments; ``sys.argv[1:]`` when None.
+        prog: the command name shown in help and usage.
+    """
+    args = _build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     handlers = {"start": _command_start, "stop": _command_stop, "status": _command_status}
     try:

@@ -65,13 +65,13 @@ def _replay(argv: list[str]) -> int:
 def _train(argv: list[str]) -> int:
     from trainer.cli import main as train_main
 
-    return train_main(["train", *argv] if not argv or argv[0].startswith("-") else argv)
+    return train_main(["train", *argv] if not argv or argv[0].startswith("-") else argv, prog="stream-detector")
 
 
 def _broker(argv: list[str]) -> int:
     from deploy.kafka_local import main as broker_main
 
-    return broker_main(argv)
+    return broker_main(argv, prog="stream-detector broker")
 
 
 def _worker(argv: list[str]) -> int:
@@ -82,9 +82,13 @@ def _worker(argv: list[str]) -> int:
             "with a STREAM_DETECTOR_* environment variable, e.g. STREAM_DETECTOR_SCORE_EVERY_N=10."
         ),
     )
-    parser.add_argument("--bootstrap", help="Kafka host:port list (env STREAM_DETECTOR_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--bootstrap", help="Kafka host:port list (env STREAM_DETECTOR_BOOTSTRAP_SERVERS, default: 127.0.0.1:9092)"
+    )
     parser.add_argument("--app-id", help="consumer group and table prefix (env STREAM_DETECTOR_APP_ID)")
-    parser.add_argument("--registry", type=Path, help="model registry folder (env STREAM_DETECTOR_MODEL_REGISTRY)")
+    parser.add_argument(
+        "--registry", type=Path, help="model registry folder (env STREAM_DETECTOR_MODEL_REGISTRY, default: ./models)"
+    )
     parser.add_argument("--model-path", type=Path, help="checkpoint folder to use instead of the registry's current")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the classifier runs")
     parser.add_argument("--web-port", type=int, help="port of the Faust web server on 127.0.0.1 (default: off)")
@@ -94,7 +98,8 @@ def _worker(argv: list[str]) -> int:
 
     from stream_detector.config import WorkerSettings
     from stream_detector.scoring import ModelLoadError
-    from stream_detector.worker import run_worker
+    from stream_detector.topics import TopicError
+    from stream_detector.worker import BrokerUnreachableError, run_worker
     from trainer.registry import RegistryError
 
     overrides = {
@@ -112,7 +117,7 @@ def _worker(argv: list[str]) -> int:
         return 2
     try:
         return run_worker(settings)
-    except (ModelLoadError, RegistryError) as error:
+    except (ModelLoadError, RegistryError, BrokerUnreachableError, TopicError) as error:
         print(f"stream-detector worker: {error}", file=sys.stderr)
         return 1
 
@@ -120,7 +125,10 @@ def _worker(argv: list[str]) -> int:
 def _alerts(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="stream-detector alerts",
-        description="Print alerts from the anomalies topic as JSON lines, newest first unless --from-beginning.",
+        description=(
+            "Print alerts from the anomalies topic as JSON lines, in arrival order: only new ones, "
+            "or all the broker keeps with --from-beginning."
+        ),
     )
     parser.add_argument(
         "--bootstrap",

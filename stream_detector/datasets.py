@@ -101,6 +101,18 @@ def _require_file(path: Path, description: str) -> Path:
     return path
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """Check that the data folder holds every folder and file the loaders read.
+
+    Raises:
+        DataNotFoundError: a folder or file is missing; the message names it and the data sets to download.
+    """
+    _require_dir(data_dir / WEB_BOT_FOLDER / "web_logs", "web-bot log folder")
+    _require_dir(data_dir / WEB_BOT_FOLDER / "annotations", "web-bot annotations folder")
+    _require_file(data_dir / FRAUD_FOLDER / FRAUD_ORDERS_FILE, "fraud orders table")
+    _require_file(data_dir / FRAUD_FOLDER / IP_COUNTRY_FILE, "IP-to-country table")
+
+
 # --------------------------------------------------------------------------- labeled streams
 
 

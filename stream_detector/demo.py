@@ -29,10 +29,17 @@ from pathlib import Path
 import structlog
 from confluent_kafka import Consumer, TopicPartition
 
-from deploy.kafka_local import DEFAULT_KAFKA_VERSION, BrokerError, LocalKafka, check_reachable, is_port_free
+from deploy.kafka_local import (
+    DEFAULT_KAFKA_VERSION,
+    BrokerError,
+    LocalKafka,
+    check_reachable,
+    is_port_free,
+    stop_command_for,
+)
 from schemas import Alert, EventKind
 from stream_detector.config import WorkerSettings
-from stream_detector.datasets import default_data_dir
+from stream_detector.datasets import DataNotFoundError, check_data_dir, default_data_dir
 from stream_detector.evaluation import UserScores, score_users
 from stream_detector.lag import group_assigned_partitions, group_lag, watermarks
 from stream_detector.logs import configure_logging
@@ -148,8 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_running=args.keep_running,
     )
     try:
+        check_data_dir(options.data_dir)
         summary = run_demo(options)
-    except (DemoError, BrokerError) as error:
+    except (DemoError, BrokerError, DataNotFoundError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
     print(summary)
@@ -254,7 +262,7 @@ def _broker(options: DemoOptions) -> Iterator[str]:
                 "broker_left_running",
                 bootstrap_servers=broker.bootstrap_servers,
                 pid=broker.pid,
-                stop_command=f"python -m deploy.kafka_local stop --data-dir {data_dir}",
+                stop_command=stop_command_for(data_dir.absolute()),
             )
         else:
             broker.stop()
@@ -439,6 +447,7 @@ def format_summary(
 ) -> str:
     """Render the demo's closing summary for a person to read."""
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(events_by_kind.items()))
+    alerted_users = len({alert.user_id for alert in alerts})
     lines = [
         "",
         "stream-detector demo summary",
@@ -447,7 +456,7 @@ def format_summary(
         f"dead letters       {dead_letters}",
         f"windows scored     {windows_scored}",
         f"alerts out         {len(alerts)} on topic '{settings.anomalies_topic}' "
-        f"({len({alert.user_id for alert in alerts})} users)",
+        f"({alerted_users} users, {alerted_users - scores.group('all').alerted} of them without a label)",
         "",
         "alerted users against the labels (users the bootstrap model never trained on):",
         scores.table(),
@@ -456,8 +465,14 @@ def format_summary(
         "",
     ]
     if kept_running:
-        lines.append(f"subscribe from another shell:  stream-detector alerts --bootstrap {settings.bootstrap_servers}")
+        lines.append(f"subscribe from another shell:  {_cli_path()} alerts --bootstrap {settings.bootstrap_servers}")
     else:
         lines.append("to watch alerts live, run the demo with --keep-running and then, from another shell:")
-        lines.append(f"  stream-detector alerts --bootstrap {settings.bootstrap_servers}")
+        lines.append(f"  {_cli_path()} alerts --bootstrap {settings.bootstrap_servers}")
     return "\n".join(lines)
+
+
+def _cli_path() -> str:
+    """Return how to call ``stream-detector`` from another shell: the script beside this interpreter if any."""
+    script = Path(sys.executable).parent / "stream-detector"
+    return os.path.relpath(script) if script.is_file() else "stream-detector"

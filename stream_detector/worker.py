@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from faust.worker import Worker
 
 from stream_detector.app import ScoringModel, create_app
@@ -34,6 +36,7 @@ def run_worker(settings: WorkerSettings, model_factory: Callable[[], ScoringMode
 
     # Loaded before Faust starts, so a missing or broken model fails with its own message.
     model = model_factory()
+    check_broker(settings.bootstrap_servers)
     ensure_worker_topics(settings)
     context = create_app(settings, lambda: model)
     log.info(
@@ -44,5 +47,29 @@ def run_worker(settings: WorkerSettings, model_factory: Callable[[], ScoringMode
         anomalies_topic=settings.anomalies_topic,
     )
     worker = Worker(context.app, loglevel=settings.log_level.upper(), override_logging=False, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        log.info("worker_stopped", app_id=settings.app_id)
     return 0
+
+
+class BrokerUnreachableError(RuntimeError):
+    """No Kafka broker responded at the configured bootstrap address."""
+
+
+def check_broker(bootstrap_servers: str, timeout_s: float = 15.0) -> None:
+    """Fetch cluster metadata once, so an unreachable broker fails with one clear message.
+
+    Raises:
+        BrokerUnreachableError: no broker responded within ``timeout_s`` seconds.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as error:
+        msg = (
+            f"no Kafka broker responded at {bootstrap_servers} within {timeout_s:g} s ({error.args[0].str()}): "
+            "start one with `stream-detector broker start` or pass --bootstrap HOST:PORT"
+        )
+        raise BrokerUnreachableError(msg) from None

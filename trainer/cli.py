@@ -216,10 +216,10 @@ def evaluate_split(
     return report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the trainer command."""
+def build_parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
+    """Return the argument parser of the trainer command, named ``prog`` in help and usage."""
     parser = argparse.ArgumentParser(
-        prog="python -m trainer",
+        prog=prog,
         description="Fine-tune, register and evaluate the stream-detector classifier.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -314,13 +314,15 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m trainer") -> int:
     """Run the trainer command line; return the exit status.
+
+    ``prog`` is the command name shown in help and usage.
 
     Returns:
         0 on success, 1 when training or evaluation failed, 2 for invalid settings or missing data.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     overrides = {
         name: value
         for name, value in vars(args).items()

@@ -15,6 +15,7 @@ import pytest
 from schemas import Alert, DeadLetter
 from schemas.export import SCHEMA_DIR
 from stream_detector.alerts import alert_id
+from stream_detector.lag import group_lag
 from stream_detector.window import window_id
 from tests.integration.conftest import WorkerProcess, consume, produce, wait_for_commit
 
@@ -172,7 +173,8 @@ def test_crash_loses_no_event_and_repeats_no_alert(worker_factory: Callable[...,
     worker.start()
 
     produce(settings.bootstrap_servers, settings.order_topic, [encoded(order(f"u-{i}", 0)) for i in range(4)])
-    consume(settings.bootstrap_servers, settings.anomalies_topic, expected=4)
+    before_crash = consume(settings.bootstrap_servers, settings.anomalies_topic, expected=4)
+    assert len(before_crash) == 4, worker.log_tail()
     wait_for_commit(settings, [*inputs, settings.score_request_topic])
     worker.stop(signal.SIGKILL)
 
@@ -181,11 +183,14 @@ def test_crash_loses_no_event_and_repeats_no_alert(worker_factory: Callable[...,
     restarted = worker_factory(score_every_n=100, idle_s=600)
     restarted.start()
 
-    records = consume(settings.bootstrap_servers, settings.anomalies_topic, expected=8)
+    # Generous: after a crash the restarted worker first restores its tables from the changelogs.
+    records = consume(settings.bootstrap_servers, settings.anomalies_topic, expected=8, timeout_s=150)
 
     alerts = [Alert.model_validate_json(value) for _, value in records]
     ids = [alert.alert_id for alert in alerts]
-    assert len(ids) == 8, restarted.log_tail()
+    lag = group_lag(settings.bootstrap_servers, settings.app_id, [*inputs, settings.score_request_topic])
+    evidence = sorted(alert.evidence_event_ids for alert in alerts)
+    assert len(ids) == 8, f"alert evidence {evidence}, group lag {lag}\n{restarted.log_tail()}"
     assert len(set(ids)) == 8
     second_windows = sorted(alert.evidence_event_ids for alert in alerts if len(alert.evidence_event_ids) == 2)
     assert second_windows == [[f"u-{i}-o0", f"u-{i}-o1"] for i in range(4)]
