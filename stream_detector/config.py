@@ -23,6 +23,9 @@ class WorkerSettings(BaseSettings):
     # Seconds without heartbeats before the broker drops a worker from the group; the broker
     # accepts 6 to 300 by default. A killed worker's partitions wait this long for a new owner.
     session_timeout_s: float = Field(default=30.0, ge=6.0, le=300.0)
+    # Seconds the group coordinator waits for every member to rejoin in a rebalance. A member that
+    # crashed during one can hold the others back this long.
+    rebalance_timeout_s: float = Field(default=60.0, ge=1.0)
 
     # Topics
     click_topic: str = "events.click"

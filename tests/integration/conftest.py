@@ -122,6 +122,7 @@ def worker_factory(
             "state_dir": tmp_path / "state",
             "topic_partitions": 2,
             "session_timeout_s": 10.0,
+            "rebalance_timeout_s": 15.0,
             "max_batch_wait_ms": 50,
             **overrides,
         }
