@@ -70,6 +70,8 @@ def test_valid_events_produce_alerts(worker_factory: Callable[..., WorkerProcess
 
     produce(settings.bootstrap_servers, settings.click_topic, [encoded(click("u-a", i, i)) for i in range(3)])
     produce(settings.bootstrap_servers, settings.search_topic, [encoded(search("u-a", 0, 4))])
+    # Topics are consumed independently, so the order must not overtake the search on its way in.
+    wait_for_commit(settings, [*settings.event_topics(), settings.tick_topic])
     produce(
         settings.bootstrap_servers, settings.order_topic, [encoded(order("u-a", 0, 5)), encoded(order("u-b", 0, 1))]
     )
