@@ -5,7 +5,7 @@ Usage:
 
 The texts are rendered windows of the test split of the public data, so their
 lengths are the ones the worker scores. Each round times every variant once, in
-turn, so a noisy neighbour slows all of them alike; the result is the median of
+turn, so a noisy neighbour slows all of them alike. The result is the median of
 the rounds and the ratio of the medians.
 """
 

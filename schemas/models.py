@@ -54,7 +54,7 @@ class SearchEvent(_EventBase):
 
 
 class AccountContext(_Message):
-    """What the shop knows about the account that placed an order."""
+    """Account details the shop has recorded for the account that placed an order."""
 
     signup_time: AwareDatetime | None = None
     device_id: Identifier | None = None

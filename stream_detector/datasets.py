@@ -102,7 +102,7 @@ def _require_file(path: Path, description: str) -> Path:
 
 
 def check_data_dir(data_dir: Path) -> None:
-    """Check that the data folder holds every folder and file the loaders read.
+    """Check that the data folder contains every folder and file the loaders read.
 
     Raises:
         DataNotFoundError: a folder or file is missing; the message names it and the data sets to download.

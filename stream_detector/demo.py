@@ -41,7 +41,7 @@ from schemas import Alert, EventKind
 from stream_detector.config import WorkerSettings
 from stream_detector.datasets import DataNotFoundError, check_data_dir, default_data_dir
 from stream_detector.evaluation import UserScores, score_users
-from stream_detector.lag import group_assigned_partitions, group_lag, watermarks
+from stream_detector.lag import group_assigned_partitions, group_lag, partition_offsets
 from stream_detector.logs import configure_logging
 from stream_detector.replay import (
     DEFAULT_MAX_GAP_S,
@@ -378,17 +378,7 @@ def _topics(settings: WorkerSettings) -> dict[EventKind, str]:
 
 def _end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     """Return the high watermark of every partition of the topics."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stream-detector-demo-offsets"})
-    try:
-        metadata = consumer.list_topics(timeout=10)
-        offsets = {}
-        for topic in topics:
-            for partition in metadata.topics[topic].partitions:
-                _, high = watermarks(consumer, TopicPartition(topic, partition))
-                offsets[(topic, partition)] = high
-        return offsets
-    finally:
-        consumer.close()
+    return {key: high for key, (_, high) in partition_offsets(bootstrap, topics).items()}
 
 
 def _count(topic: str, start: dict[tuple[str, int], int], end: dict[tuple[str, int], int]) -> int:

@@ -48,6 +48,24 @@ def watermarks(consumer: Consumer, partition: TopicPartition, *, timeout_s: floa
             time.sleep(0.2)
 
 
+def partition_offsets(
+    bootstrap_servers: str, topics: Iterable[str], *, timeout_s: float = 10.0
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Return the (low, high) watermarks of every partition of the topics that exist, by (topic, partition)."""
+    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "stream-detector-offset-probe"})
+    try:
+        metadata = probe.list_topics(timeout=timeout_s)
+        offsets = {}
+        for topic in topics:
+            if topic not in metadata.topics:
+                continue
+            for partition in metadata.topics[topic].partitions:
+                offsets[(topic, partition)] = watermarks(probe, TopicPartition(topic, partition), timeout_s=timeout_s)
+        return offsets
+    finally:
+        probe.close()
+
+
 def group_lag(
     bootstrap_servers: str, group_id: str, topics: Iterable[str], *, timeout_s: float = 10.0
 ) -> dict[str, int]:
@@ -56,34 +74,24 @@ def group_lag(
     A partition the group never committed counts from the start of the log, so a
     group that has not consumed anything yet shows the whole topic as lag.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    metadata = admin.list_topics(timeout=timeout_s)
-    partitions = [
-        TopicPartition(topic, partition)
-        for topic in topics
-        if topic in metadata.topics
-        for partition in metadata.topics[topic].partitions
-    ]
-    if not partitions:
-        return {topic: 0 for topic in topics}
+    topics = list(topics)
+    lag = {topic: 0 for topic in topics}
+    offsets = partition_offsets(bootstrap_servers, topics, timeout_s=timeout_s)
+    if not offsets:
+        return lag
 
-    request = ConsumerGroupTopicPartitions(group_id, partitions)
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    request = ConsumerGroupTopicPartitions(group_id, [TopicPartition(topic, part) for topic, part in offsets])
     committed = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id].result(
         timeout=timeout_s
     )
     committed_by_tp = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
 
-    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"{group_id}-lag-probe"})
-    try:
-        lag = {topic: 0 for topic in topics}
-        for tp in partitions:
-            low, high = watermarks(probe, tp, timeout_s=timeout_s)
-            position = committed_by_tp.get((tp.topic, tp.partition), -1)
-            position = low if position < 0 else position
-            lag[tp.topic] += max(0, high - position)
-        return lag
-    finally:
-        probe.close()
+    for (topic, partition), (low, high) in offsets.items():
+        position = committed_by_tp.get((topic, partition), -1)
+        position = low if position < 0 else position
+        lag[topic] += max(0, high - position)
+    return lag
 
 
 def group_assigned_partitions(

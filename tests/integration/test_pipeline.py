@@ -198,8 +198,8 @@ def test_crash_loses_no_event_and_repeats_no_alert(worker_factory: Callable[...,
         # The first order comes back from the changelog, so it is in the window with the second.
         assert window in [[f"u-{i}-o0", f"u-{i}-o1"] for i in range(4)]
 
-    # All four orders of each round share one partition of the order topic, so the known loss below
-    # costs at most one alert; losing more fails.
+    # All four orders of each round share one partition of the order topic. The known loss below
+    # costs at most one alert, so losing more fails.
     assert len(ids) >= 7, f"only {len(ids)} of 8 alerts: {sorted(alert.evidence_event_ids for alert in alerts)}"
     if len(ids) != 8:
         lag = group_lag(settings.bootstrap_servers, settings.app_id, [*inputs, settings.score_request_topic])
