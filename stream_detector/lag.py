@@ -81,11 +81,16 @@ def group_lag(
         return lag
 
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    request = ConsumerGroupTopicPartitions(group_id, [TopicPartition(topic, part) for topic, part in offsets])
-    committed = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id].result(
-        timeout=timeout_s
-    )
-    committed_by_tp = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
+    committed_by_tp: dict[tuple[str, int], int] = {}
+    # NOTE: confluent-kafka 2.16.1 crashes the process (SIGSEGV) when it lists the offsets of a
+    # group the broker does not know, so that call is made only for a known group.
+    known = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout=timeout_s)
+    if any(listing.group_id == group_id for listing in known.valid):
+        request = ConsumerGroupTopicPartitions(group_id, [TopicPartition(topic, part) for topic, part in offsets])
+        committed = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id].result(
+            timeout=timeout_s
+        )
+        committed_by_tp = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
 
     for (topic, partition), (low, high) in offsets.items():
         position = committed_by_tp.get((topic, partition), -1)
